@@ -1,0 +1,1 @@
+"""Push notifications for the poll-only Atleta GraphQL API."""
