@@ -26,8 +26,9 @@ import asyncio
 import json
 import logging
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -132,6 +133,15 @@ def m002_tables(db: Database) -> None:
     db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
 
 
+@migrations()
+def m003_missing_index(db: Database) -> None:
+    """Clearing held-missing marks must not scan a 100,000-record watch."""
+    db.execute(
+        "CREATE INDEX snapshot_records_missing ON snapshot_records (watch) "
+        "WHERE misses > 0"
+    )
+
+
 _DELIVERY_COLUMNS = (
     "d.id, d.event_id, d.channel, d.target, d.status, d.attempts, "
     "d.next_attempt_at, d.created_at, d.last_error, d.delivered_at"
@@ -188,6 +198,25 @@ class Store:
         """Close the connection and stop the store's thread."""
         await self._run(self._db.conn.close)
         self._executor.shutdown(wait=True)
+
+    @contextmanager
+    def _write(self) -> Iterator[None]:
+        """One write transaction that takes the write lock up front.
+
+        A deferred ``BEGIN`` would take it at the first write, after the
+        generation check read, and two processes committing the same watch
+        could then fail with "database is locked" instead of one of them
+        seeing the new generation.
+        """
+        conn = self._db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -246,7 +275,7 @@ class Store:
         self, commit: PollCommit, watch: Watch, records: int, now: datetime
     ) -> int:
         db = self._db
-        with db.atomic():
+        with self._write():
             row = db.execute(
                 "SELECT generation FROM watches WHERE id = ?", [commit.watch]
             ).fetchone()
@@ -397,7 +426,7 @@ class Store:
         deliveries: Sequence[tuple[str, Target]],
         now: datetime,
     ) -> None:
-        with self._db.atomic():
+        with self._write():
             self._insert_events(events, deliveries, now)
 
     # Watch health
@@ -411,7 +440,7 @@ class Store:
     def _record_failure(
         self, watch: Watch, kind: str, message: str, now: datetime
     ) -> WatchState:
-        with self._db.atomic():
+        with self._write():
             self._db.execute(
                 """
                 INSERT INTO watches (id, project, name, last_poll_at,
@@ -597,6 +626,19 @@ class Store:
         )
         return changed > 0
 
+    async def defer(self, ids: Sequence[int], *, until: datetime) -> int:
+        """Move pending deliveries' next attempt to ``until`` without counting one.
+
+        Digests, quiet hours and flood caps hold rows this way.
+        :returns: how many deliveries were moved.
+        """
+        return await self._run(
+            self._executemany_count,
+            "UPDATE deliveries SET next_attempt_at = ? "
+            "WHERE id = ? AND status = 'pending'",
+            [(isoformat(until), delivery_id) for delivery_id in ids],
+        )
+
     async def replay(
         self, since: datetime, *, channel: str | None = None, now: datetime
     ) -> int:
@@ -677,7 +719,7 @@ class Store:
             "AND id NOT IN (SELECT event_id FROM deliveries WHERE status = 'pending')"
         )
         removed = 0
-        with self._db.atomic():
+        with self._write():
             if max_age is not None:
                 cutoff = isoformat(now - timedelta(seconds=max_age))
                 removed += self._db.conn.execute(
@@ -709,12 +751,16 @@ class Store:
         return self._db.execute(sql, params).fetchall()
 
     def _execute_write(self, sql: str, params: Sequence[Any]) -> int:
-        with self._db.atomic():
+        with self._write():
             return int(self._db.conn.execute(sql, params).rowcount)
 
     def _executemany_write(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        with self._db.atomic():
+        with self._write():
             self._db.conn.executemany(sql, rows)
+
+    def _executemany_count(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+        with self._write():
+            return int(self._db.conn.executemany(sql, rows).rowcount)
 
 
 def _connect(path: Path) -> Database:

@@ -335,3 +335,22 @@ async def test_the_file_holds_no_secret(tmp_path: Path) -> None:
 
     assert "tok-never-stored-123" not in dump
     assert "evt_1" in dump
+
+
+async def test_defer_moves_pending_rows_without_counting_an_attempt(
+    store: Store,
+) -> None:
+    """Held rows come due later with their attempt count untouched."""
+    await store.add_events(
+        [event("evt_1")], [("evt_1", Target(channel="ops"))], now=NOW
+    )
+    [delivery] = await store.deliveries()
+    later = NOW + timedelta(hours=1)
+
+    moved = await store.defer([delivery.id], until=later)
+    [held] = await store.deliveries()
+
+    assert moved == 1
+    assert await store.due_deliveries(NOW) == []
+    assert held.next_attempt_at == later
+    assert held.attempts == 0
