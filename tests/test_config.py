@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import textwrap
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -857,7 +858,7 @@ def test_check_command_prints_a_summary(
 
     out = capsys.readouterr().out
     assert code == 0
-    assert "1 projects, 1 watches, 1 channels: OK" in out
+    assert "1 project, 1 watch, 1 channel: OK" in out
     assert "bundled schema" in out
 
 
@@ -915,6 +916,36 @@ def test_check_online_reports_each_token(
     assert fake_api.token not in captured.out + captured.err
     assert fake_api.requests["introspection"] == 0
     assert fake_api.requests["project"] == 2
+
+
+def test_check_online_does_not_call_an_unreachable_api_a_refusal(
+    write: Write, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`check --online` with the API down says the token was not tried."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    text = f"""\
+    [api]
+    url = "http://127.0.0.1:{port}/api/graphql"
+    token = "tok-SECRET-offline"
+    max_retries = 0
+
+    [[projects]]
+    id = "TEST"
+      [[projects.watches]]
+      preset = "orders"
+    """
+
+    code = run_cli(main_group, ["--config", str(write(text)), "check", "--online"])
+
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "project TEST ([api] token): not tried:" in err
+    assert "(network)" in err
+    assert "refused" not in err
+    assert "1 token(s) not tried" in err
+    assert "tok-SECRET-offline" not in err
 
 
 def test_wrongly_typed_values_do_not_hide_other_problems(write: Write) -> None:

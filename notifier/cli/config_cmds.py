@@ -53,13 +53,21 @@ def check(ctx: click.Context, online: bool) -> None:
             "queries checked against the bundled schema "
             "(run `atleta-notifier schema pull` to check against the live API)"
         )
-    refused = asyncio.run(_check_online(config)) if online else 0
-    summary = (
-        f"{len(config.projects)} projects, {len(config.watches)} watches, "
-        f"{len(config.channels)} channels"
+    refused, untried = asyncio.run(_check_online(config)) if online else (0, 0)
+    summary = ", ".join(
+        _count(len(items), noun)
+        for items, noun in (
+            (config.projects, "project"),
+            (config.watches, "watch"),
+            (config.channels, "channel"),
+        )
     )
-    if refused:
-        raise click.ClickException(f"{summary}: {refused} token(s) refused")
+    failures = [
+        f"{refused} token(s) refused" if refused else "",
+        f"{untried} token(s) not tried" if untried else "",
+    ]
+    if refused or untried:
+        raise click.ClickException(f"{summary}: {', '.join(filter(None, failures))}")
     click.echo(f"{summary}: OK")
 
 
@@ -82,8 +90,12 @@ def _probes(config: Config) -> list[_Probe]:
     return list(probes.values())
 
 
-async def _check_online(config: Config) -> int:
-    """Try every project token once; return how many were refused."""
+async def _check_online(config: Config) -> tuple[int, int]:
+    """Try every project token once; return how many were refused and not tried.
+
+    Only an auth failure says anything about a token: a network, server or
+    rate-limit failure leaves it untried, and says so.
+    """
     from notifier.atleta import AtletaClient
 
     api = config.api
@@ -95,7 +107,7 @@ async def _check_online(config: Config) -> int:
         concurrency=api.concurrency,
         max_retries=min(api.max_retries, 1),
     )
-    refused = 0
+    refused = untried = 0
     try:
         probes = _probes(config)
         if not probes:
@@ -106,9 +118,13 @@ async def _check_online(config: Config) -> int:
                     PROBE_QUERY, {"project": probe.project}, token=probe.token
                 )
             except PollError as error:
-                refused += 1
+                verdict = "refused" if error.kind == "auth" else "not tried"
+                if error.kind == "auth":
+                    refused += 1
+                else:
+                    untried += 1
                 click.echo(
-                    f"project {probe.project} ({probe.source}): refused: "
+                    f"project {probe.project} ({probe.source}): {verdict}: "
                     f"{error.hint} ({error.kind})",
                     err=True,
                 )
@@ -118,7 +134,7 @@ async def _check_online(config: Config) -> int:
             click.echo(f"project {probe.project}{label} ({probe.source}): accepted")
     finally:
         await client.aclose()
-    return refused
+    return refused, untried
 
 
 @click.group()
@@ -184,3 +200,8 @@ def _write(target: Path, text: str) -> None:
 
 
 commands: list[click.Command] = [check, schema]
+
+
+def _count(number: int, noun: str) -> str:
+    plural = noun + ("es" if noun.endswith("ch") else "s")
+    return f"{number} {noun if number == 1 else plural}"
