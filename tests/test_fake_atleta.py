@@ -17,9 +17,10 @@ import pytest
 
 from notifier.fake_atleta import FakeAtleta, parse_fault, parse_rate
 from notifier.fake_atleta.dataset import Dataset
+from notifier.fake_atleta.faults import KINDS
 from notifier.fake_atleta.graphql_app import Executor, analyse, bundled_schema
-from tests.conftest import FAKE_TOKEN
 
+FAKE_TOKEN = "test-token"  # the token of the ``fake_api`` fixture
 PRESET_DIR = Path(__file__).parent.parent / "notifier" / "presets"
 
 REGISTRATIONS = """
@@ -543,6 +544,7 @@ def test_rates_and_fault_specs_parse() -> None:
         1,
         {"mode": "remove", "target": "project.registrations"},
     )
+    assert {parse_fault(f"{kind}:2")[0] for kind in KINDS} == KINDS
     for bad in ("nope", "slow:x", "slow,seconds"):
         with pytest.raises(ValueError, match="fault"):
             parse_fault(bad)

@@ -65,7 +65,12 @@ class Mutation:
 
 
 class Dataset:
-    """Seeded projects with thread-safe mutations and a mutation log."""
+    """Seeded projects with thread-safe mutations and a mutation log.
+
+    ``projects`` maps codes to projects; ``events``, ``registrations``,
+    ``orders`` and ``resales`` (open offers) index records by id across
+    projects. Timestamps are ``YYYY-MM-DD HH:MM:SS`` in UTC from ``clock``.
+    """
 
     def __init__(
         self,
@@ -127,12 +132,6 @@ class Dataset:
             self.events.update((event.id, event) for event in project.event_list)
             self.registrations.update((r.id, r) for r in project.all_registrations)
             self.orders.update((order.id, order) for order in project.order_list)
-            for event in project.event_list:
-                self.resales.update(
-                    (r.resale.id, r.resale)
-                    for r in event.for_sale
-                    if r.resale is not None
-                )
 
     # -- reading ------------------------------------------------------------
 

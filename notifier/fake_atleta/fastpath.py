@@ -156,8 +156,8 @@ class _Compiler:
     def object(
         self, type_: GraphQLObjectType, selection_sets: list[SelectionSetNode]
     ) -> Callable[[Any], dict[str, Any]]:
-        # Generated source (one function per object selection) runs about
-        # three times faster than a loop over a field plan.
+        # Generated source (one function per object selection) builds each
+        # record as one dict display, without a Python loop per field.
         fields: dict[str, list[FieldNode]] = {}
         for selection_set in selection_sets:
             self._collect(type_, selection_set, fields, set())
@@ -191,7 +191,7 @@ class _Compiler:
         access = (
             f"s.{name}"
             if name.isidentifier() and not iskeyword(name)
-            else (f"getattr(s, {name!r})")
+            else f"getattr(s, {name!r})"
         )
         lines.append(f"    {value} = {access}")
         if definition.args:
@@ -302,10 +302,6 @@ class _Compiler:
             return False
         include = get_directive_values(GraphQLIncludeDirective, node, self.variables)
         return not (include is not None and include.get("if") is False)
-
-
-def _identity(value: Any) -> Any:
-    return value
 
 
 def _scalar(type_: GraphQLScalarType) -> Completer:

@@ -75,9 +75,11 @@ class Faults:
 
         Parameters per kind: ``rate_limit`` takes ``retry_after`` seconds,
         ``slow`` takes ``seconds``, ``shift`` takes ``mode`` ("insert" puts a
-        new record first so one repeats on the next page, "remove" cancels
-        the first so one is skipped), ``total_mismatch`` takes ``delta``,
-        the two GraphQL error kinds take ``message``.
+        new registration, and its order, first so one record repeats on the
+        next page; "remove" cancels the first active registration so one is
+        skipped; it acts after the answer, on the project the query named),
+        ``total_mismatch`` takes ``delta``, the two GraphQL error kinds take
+        ``message``. ``drop`` closes the socket without any answer.
 
         :raises ValueError: for an unknown kind or a count below 1.
         """

@@ -16,7 +16,7 @@ from typing import Any
 from graphql import GraphQLError
 
 # Resolvers take graphql-core's resolve info, or a stand-in with only a
-# ``context`` when the fast path in ``graphql_app`` calls them.
+# ``context`` when the fast path in ``fastpath`` calls them.
 Info = Any
 MAX_PER_PAGE = 250
 DEFAULT_PER_PAGE = 25
@@ -36,11 +36,13 @@ class Page:
 def paginate(items: Sequence[Any], page: int | None, per_page: int | None) -> Page:
     """Cut one page out of ``items`` the way Laravel's length-aware paginator does.
 
-    ``last_page`` is at least 1, ``from``/``to`` are 1-based and null on an
-    empty page, and a page past the end is empty rather than an error.
+    ``per_page`` defaults to 25. ``last_page`` is at least 1, ``from``/``to``
+    are 1-based and null on an empty page, and a page past the end is empty
+    rather than an error.
 
     :raises GraphQLError: for a page below 1 or a per_page outside 1..250,
-        with the messages in ``extensions.validation`` as the real API does.
+        with the messages in ``extensions.validation`` (rebing's habit; the
+        real API's exact answer is unknown).
     """
     page = 1 if page is None else page
     per_page = DEFAULT_PER_PAGE if per_page is None else per_page

@@ -275,6 +275,27 @@ def _shift_totals(value: Any, delta: int) -> None:
             _shift_totals(item, delta)
 
 
+class _Server(uvicorn.Server):
+    """uvicorn that wakes up at once when asked to exit.
+
+    The stock main loop polls every 0.1 s; a fixture that starts and stops
+    a server per test would spend that on every test.
+    """
+
+    wake: asyncio.Event | None = None
+
+    async def main_loop(self) -> None:
+        """Refresh the Date header each second until told to exit."""
+        self.wake = asyncio.Event()
+        counter = 0
+        while not await self.on_tick(counter):
+            counter += 10  # on_tick refreshes its headers when counter % 10 == 0
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout=1.0)
+            except TimeoutError:
+                continue
+
+
 class ServerThread:
     """uvicorn serving one app on 127.0.0.1 from a background thread."""
 
@@ -282,7 +303,7 @@ class ServerThread:
         self.app = app
         self.host = host
         self.port = port
-        self._server: uvicorn.Server | None = None
+        self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -306,7 +327,7 @@ class ServerThread:
             access_log=False,
             timeout_graceful_shutdown=1,
         )
-        self._server = uvicorn.Server(config)
+        self._server = _Server(config)
         self._thread = threading.Thread(
             target=self._run, args=(sock,), daemon=True, name=f"fake-atleta-{self.port}"
         )
@@ -334,8 +355,11 @@ class ServerThread:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Ask uvicorn to exit and wait for the thread."""
-        if self._server is not None:
-            self._server.should_exit = True
+        server = self._server
+        if server is not None:
+            server.should_exit = True
+            if server.wake is not None:
+                self.call_soon(server.wake.set)
         if self._thread is not None:
             self._thread.join(timeout)
         self._thread = None
