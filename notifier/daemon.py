@@ -42,8 +42,8 @@ from apscheduler.triggers.interval import IntervalTrigger
 from notifier import console, engine
 from notifier.atleta import AtletaClient
 from notifier.config import Config, load_config
-from notifier.delivery import DeliveryLoop
-from notifier.errors import NotifierError
+from notifier.delivery import DeliveryLoop, project_routes
+from notifier.errors import ConfigError, NotifierError
 from notifier.metrics import (
     DEFAULT_MIN_GRACE,
     HealthReport,
@@ -64,6 +64,9 @@ CONSOLE_SCHEME = console.SCHEME
 
 DEFAULT_STOP_TIMEOUT = 20.0
 """Seconds polls and sends in flight get to finish on SIGTERM (systemd allows 30)."""
+PRUNE_JOB = "prune"
+PRUNE_EVERY = 3600.0
+"""Seconds between two passes of ``[storage]`` retention (the first at start)."""
 EXIT_INTERRUPTED = 130
 
 PollHook = Callable[[Watch, "engine.PollOutcome"], None]
@@ -241,6 +244,14 @@ class Daemon:
             job_defaults={"coalesce": True, "max_instances": 1},
         )
         self._scheduler.start()
+        self._scheduler.add_job(
+            self._prune_job,
+            trigger="interval",
+            seconds=PRUNE_EVERY,
+            id=PRUNE_JOB,
+            name="prune old events",
+            next_run_time=datetime.now(ZoneInfo(config.defaults.timezone)),
+        )
         self._apply_watches(config, first=True)
         if self._install_signals:
             self._add_signal_handlers()
@@ -367,7 +378,7 @@ class Daemon:
         scheduler = self._scheduler
         wanted = {w.id: w for w in config.watches if w.enabled}
         for job in scheduler.get_jobs():
-            if job.id not in wanted:
+            if job.id not in wanted and job.id != PRUNE_JOB:
                 job.remove()
                 logger.info("watch %s removed from the schedule", job.id)
         for watch_id, watch in wanted.items():
@@ -447,6 +458,22 @@ class Daemon:
             on_commit=self._wake_delivery,
         )
 
+    async def _prune_job(self) -> None:
+        """Apply ``[storage]`` retention; events still to deliver always stay."""
+        storage = self.config.storage
+        if self._store is None or (
+            storage.retention_days is None and storage.retention_events is None
+        ):
+            return
+        max_age = storage.retention_days * 86400 if storage.retention_days else None
+        try:
+            await self._store.prune(
+                max_age=max_age, max_events=storage.retention_events, now=utcnow()
+            )
+        except NotifierError as error:
+            # The next pass retries; old events staying a while longer is harmless.
+            logger.error("pruning old events failed: %s", error)
+
     def _wake_delivery(self) -> None:
         if self._delivery is not None:
             self._delivery.wake()
@@ -456,8 +483,13 @@ class Daemon:
     def _start_delivery(self) -> None:
         assert self._store is not None
         self._notifier = CountingNotifier(self.config.channels, metrics=self.metrics)
+        # The configured routes, so that a failing channel is reported to
+        # its project's other channels even before they had a delivery.
         self._delivery = DeliveryLoop(
-            self._store, self.config.channels, notifier=self._notifier
+            self._store,
+            self.config.channels,
+            notifier=self._notifier,
+            routes=project_routes(self.config.watches),
         )
         self._delivery_task = asyncio.create_task(self._delivery.run())
 
@@ -491,7 +523,11 @@ class Daemon:
         try:
             config = await asyncio.to_thread(self._load)
         except (NotifierError, OSError) as error:
-            logger.error("config reload failed; keeping the running config: %s", error)
+            # One log line, however many problems the new file has.
+            reason = (
+                "; ".join(error.problems) if isinstance(error, ConfigError) else error
+            )
+            logger.error("config reload failed; keeping the running config: %s", reason)
             return
         old = self.config
         if config.storage.path != old.storage.path:
@@ -507,7 +543,8 @@ class Daemon:
                 self._retired_clients.append(self._client)
             self._client = engine.Engine.client_for(config)
         self._config = config
-        if config.channels != old.channels:
+        routes_changed = project_routes(config.watches) != project_routes(old.watches)
+        if config.channels != old.channels or routes_changed:
             await self._stop_delivery(self.stop_timeout)
             self._start_delivery()
         self._apply_watches(config)

@@ -238,6 +238,10 @@ class DeliveryLoop:
         self._busy: set[tuple[str, int]] = set()
         self._tasks: set[asyncio.Task[ScanReport]] = set()
         self._floods: dict[tuple[str, int], _Flood] = defaultdict(_Flood)
+        # Sends of one channel run side by side and can fail at once: the
+        # check and set of a disabled or failing flag must not interleave,
+        # or each of them would log and report the same failure.
+        self._flags = asyncio.Lock()
 
     def wake(self) -> None:
         """Ask for a scan now (called after each poll commit)."""
@@ -529,9 +533,10 @@ class DeliveryLoop:
         return report
 
     async def _disable(self, channel: Channel, error: str) -> None:
-        if await self.store.get_meta(disabled_key(channel.name)) is not None:
-            return
-        await self.store.set_meta(disabled_key(channel.name), error)
+        async with self._flags:
+            if await self.store.get_meta(disabled_key(channel.name)) is not None:
+                return
+            await self.store.set_meta(disabled_key(channel.name), error)
         log.error(
             "channel %s disabled: %s; re-enable it with "
             "`atleta-notifier deliveries --enable %s`",
@@ -548,10 +553,11 @@ class DeliveryLoop:
     ) -> None:
         """Tell the project's other channels, once per failure, that one is failing."""
         key = failing_key(channel.name, target)
-        if await self.store.get_meta(key) is not None:
-            return
         now = self.clock()
-        await self.store.set_meta(key, isoformat(now))
+        async with self._flags:
+            if await self.store.get_meta(key) is not None:
+                return
+            await self.store.set_meta(key, isoformat(now))
         targets: list[Target] = []
         for name in sorted(self._routes[source.project.id] - {channel.name}):
             other = self.channels.get(name)

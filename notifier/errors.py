@@ -40,8 +40,11 @@ class ConfigError(NotifierError):
     def __init__(self, problems: Sequence[str]) -> None:
         self.problems = list(problems)
         count = len(self.problems)
-        head = "invalid configuration" if count == 1 else f"{count} config problems"
-        super().__init__(head + ":\n  " + "\n  ".join(self.problems))
+        if count == 1:
+            # One problem reads as one line on stderr and in a log.
+            super().__init__(f"invalid configuration: {self.problems[0]}")
+            return
+        super().__init__(f"{count} config problems:\n  " + "\n  ".join(self.problems))
 
 
 class SchemaError(NotifierError):

@@ -340,3 +340,4 @@ class WatchState:
     last_error_kind: str | None = None
     last_error: str | None = None
     failing_alerted: bool = False
+    held: int = 0  # snapshot records missing from a walk, held until confirmed

@@ -477,7 +477,9 @@ class Store:
     _STATE_SQL = """
         SELECT id, project, name, generation, records, last_poll_at,
             last_success_at, consecutive_failures, last_error_kind, last_error,
-            failing_alerted
+            failing_alerted,
+            (SELECT COUNT(*) FROM snapshot_records
+                WHERE watch = watches.id AND misses > 0)
         FROM watches
     """
 
@@ -785,4 +787,5 @@ def _watch_state(row: Sequence[Any]) -> WatchState:
         last_error_kind=row[8],
         last_error=row[9],
         failing_alerted=bool(row[10]),
+        held=row[11],
     )

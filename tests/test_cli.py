@@ -68,6 +68,21 @@ def test_init_offers_every_common_service(service: str) -> None:
     assert any(service in line for line in commented)
 
 
+@pytest.mark.parametrize("command", ["check", "status", "history", "deliveries"])
+def test_a_single_config_problem_is_one_line(tmp_path: Path, command: str) -> None:
+    """A config with one problem gives one `Error:` line on stderr and exit 2."""
+    config = tmp_path / "missing.toml"
+
+    code, out, err = invoke("--config", str(config), command)
+
+    assert code == 2
+    assert out == ""
+    assert err.splitlines() == [
+        f"Error: invalid configuration: {config}: no such config file "
+        "(write one with `atleta-notifier init`)"
+    ]
+
+
 def test_init_never_overwrites(tmp_path: Path) -> None:
     """`init` on an existing file exits 2 with a clear message and leaves it alone."""
     target = tmp_path / "atleta-notifier.toml"

@@ -389,6 +389,10 @@ def test_daemon_delivers_reloads_and_stops_cleanly(
     config.write_text("[api\nthis is not TOML")
     child.signal(signal.SIGHUP)
     wait_for(lambda: "config reload failed" in child.log, what="the reload error")
+    reload_line = next(
+        line for line in child.log.splitlines() if "config reload failed" in line
+    )
+    assert "TOML syntax error" in reload_line  # the reason is on the same line
     api.data.cancel_registration(added)
     wait_for(lambda: "registration.deleted" in receiver.types(), what="2nd delivery")
 

@@ -19,11 +19,12 @@ from click.testing import CliRunner, Result
 from notifier import engine
 from notifier.atleta import AtletaClient
 from notifier.cli import main_group
-from notifier.cli.engine_cmds import parse_moment
+from notifier.cli.engine_cmds import describe_outcome, parse_moment
 from notifier.config import load_config
 from notifier.engine import PollOutcome, plan_poll
 from notifier.errors import IncompleteWalkError
 from notifier.model import (
+    Change,
     Channel,
     Event,
     PollCommit,
@@ -938,6 +939,24 @@ def test_cli_history_lists_and_filters_events(fake_api: Any, cli: Cli) -> None:
     assert named.stdout == text.stdout
 
 
+def test_cli_history_type_takes_a_bare_entity(fake_api: Any, cli: Cli) -> None:
+    """`history --type registration` lists every registration event type."""
+    cli("poll", "TEST/registrations")
+    fake_api.data.add_registration("TEST")
+    (changed,) = active_ids(fake_api, 1)
+    fake_api.data.change_registration(changed, first_name="Ines")
+    cli("poll", "TEST/registrations")
+
+    bare = cli("history", "--type", "registration")
+    star = cli("history", "--type", "registration.*")
+    other = cli("history", "--type", "order")
+
+    assert bare.exit_code == 0, bare.output
+    assert len(bare.stdout.splitlines()) == 2
+    assert bare.stdout == star.stdout
+    assert other.stdout == ""
+
+
 def test_cli_history_rejects_a_bad_time(cli: Cli) -> None:
     """A --since that is neither ISO nor a duration is a usage error."""
     result = cli("history", "--since", "yesterday-ish")
@@ -989,3 +1008,33 @@ async def test_engine_polls_configured_watches_and_wakes_delivery(
     assert first.baseline
     assert kinds(second.events) == {"registration.created": 1}
     assert woken == [True]
+
+
+@pytest.mark.parametrize(
+    ("skipped", "first", "last"),
+    [
+        (1, "TEST/event: 1 change, 1 record", "  (1 change matched no rule)"),
+        (3, "TEST/event: 3 changes, 1 record", "  (3 changes matched no rule)"),
+    ],
+    ids=["one", "three"],
+)
+def test_describe_outcome_counts_skipped_changes_in_plain_words(
+    skipped: int, first: str, last: str
+) -> None:
+    """`poll` says how many changes no rule let through, singular or plural."""
+    changes = tuple(
+        Change(kind="updated", key=f"k{i}", record={}, previous={})
+        for i in range(skipped)
+    )
+    outcome = PollOutcome(watch="TEST/event", records=1, changes=changes)
+
+    lines = describe_outcome(outcome)
+
+    assert (lines[0], lines[-1]) == (first, last)
+
+
+def test_describe_outcome_of_a_one_record_baseline() -> None:
+    """A baseline of a single-object watch reads "1 record", not "1 records"."""
+    outcome = PollOutcome(watch="TEST/event", records=1, baseline=True)
+
+    assert describe_outcome(outcome) == ["TEST/event: baseline of 1 record, no events"]

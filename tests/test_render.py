@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from typing import Any
@@ -385,6 +386,21 @@ def test_times_use_the_channel_time_zone() -> None:
     )
 
     assert message.body.endswith("3 Dec 2026, 17:45 CET")
+
+
+def test_a_project_without_a_name_is_named_once() -> None:
+    """A project whose name defaults to its id reads "CRUN", not "CRUN (CRUN)"."""
+    bare = Project(id="CRUN", name="CRUN")
+    events = [replace(e, project=bare) for e in three_new()]
+
+    message = render(events, channel(), url_scheme="ntfy", now=NOW)
+    digest = render_digest(
+        events, channel(), since=NOW - timedelta(hours=1), until=NOW, url_scheme="ntfy"
+    )
+
+    assert "CRUN (CRUN)" not in message.body + digest.body
+    assert "CRUN · registrations" in message.body
+    assert "CRUN · registrations" in digest.body
 
 
 # ---------------------------------------------------------------- money and links

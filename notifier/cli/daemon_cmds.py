@@ -174,6 +174,8 @@ def _watch_rows(
         if state and state.consecutive_failures:
             failures = f"{state.consecutive_failures} ({state.last_error_kind})"
         records = str(state.records) if state else "0"
+        if state and state.held:
+            records += f" ({state.held} held)"
         rows.append((watch.id, schedule, good, failures, records))
     return rows
 

@@ -121,24 +121,29 @@ def describe_outcome(outcome: PollOutcome) -> list[str]:
             f"{outcome.watch}: another poll committed this watch meanwhile; "
             "its changes are in `history`"
         ]
+    records = _count(outcome.records, "record")
     if outcome.baseline:
         lines = [
-            f"{prefix}{outcome.watch}: baseline of {outcome.records} records"
-            + (f", {len(outcome.events)} events" if outcome.events else ", no events")
+            f"{prefix}{outcome.watch}: baseline of {records}, "
+            + (_count(len(outcome.events), "event") if outcome.events else "no events")
         ]
     else:
         count = len(outcome.changes)
-        noun = "change" if count == 1 else "changes"
-        lines = [f"{prefix}{outcome.watch}: {count} {noun}, {outcome.records} records"]
+        lines = [f"{prefix}{outcome.watch}: {_count(count, 'change')}, {records}"]
         lines.extend("  " + describe_event(event) for event in outcome.events)
         skipped = count - sum(1 for e in outcome.events if e.entity != "watch")
         if skipped > 0:
-            lines.append(f"  ({skipped} changes matched no rule)")
+            lines.append(f"  ({_count(skipped, 'change')} matched no rule)")
     if outcome.held:
         lines.append(
-            f"  {outcome.held} absent records held until a later poll confirms them"
+            f"  {_count(outcome.held, 'absent record')} held until a later poll "
+            "confirms them"
         )
     return lines
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
 _MARKS = {"created": "+", "updated": "~", "deleted": "-"}
@@ -193,7 +198,11 @@ def parse_moment(text: str, *, now: datetime) -> datetime:
 @click.command("history")
 @click.option("--project", help="Only events of this project (its 4-character id).")
 @click.option("--watch", help="Only events of this watch (PROJECT/WATCH, or WATCH).")
-@click.option("--type", "event_type", help="Event type, or a prefix like 'order.*'.")
+@click.option(
+    "--type",
+    "event_type",
+    help="Event type (order.created), or every type of an entity (order, order.*).",
+)
 @click.option("--since", help="From this time: ISO 8601, or a duration ago (2h).")
 @click.option("--until", help="Before this time: ISO 8601, or a duration ago.")
 @click.option(
@@ -222,6 +231,9 @@ def history(
         if project is None:
             raise click.UsageError("--watch needs PROJECT/WATCH, or --project too")
         watch = f"{project}/{watch}"
+    if event_type is not None and "." not in event_type:
+        # A bare entity means all of its types, not a type named "order".
+        event_type += ".*"
     events = asyncio.run(
         _events(
             config.storage.path,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from notifier.model import JSON, Event
+from notifier.model import JSON, Event, Project
 from notifier.render.document import Block, Document, Item, Line, Span, text
 from notifier.render.limits import LIMITS
 from notifier.render.values import (
@@ -406,6 +406,13 @@ def format_moment(moment: datetime, timezone: str) -> str:
     return f"{local.day} {local:%b %Y, %H:%M} {local.tzname() or timezone}"
 
 
+def project_label(project: Project) -> str:
+    """A project as messages name it: its name and id, or the id alone."""
+    return (
+        project.id if project.name == project.id else f"{project.name} ({project.id})"
+    )
+
+
 def footer(events: Sequence[Event], moment: datetime, timezone: str) -> str:
     """Where the events come from and when: "City Runs (CRUN) · registrations · ..."."""
     projects = {e.project for e in events}
@@ -413,7 +420,7 @@ def footer(events: Sequence[Event], moment: datetime, timezone: str) -> str:
     parts = []
     if len(projects) == 1:
         project = next(iter(projects))
-        parts.append(f"{project.name} ({project.id})")
+        parts.append(project_label(project))
     elif projects:
         parts.append(f"{len(projects)} projects")
     if watches:

@@ -21,6 +21,7 @@ from notifier.render.batch import (
     format_moment,
     phrase,
     plural,
+    project_label,
     section_block,
     sections,
     subject,
@@ -168,7 +169,7 @@ def build_digest(
             blocks.append(section_block(section, titles, heading=True))
     if not events:
         blocks.append(Block(intro=((text("Nothing changed in this period."),),)))
-    projects = sorted({f"{e.project.name} ({e.project.id})" for e in events})
+    projects = sorted({project_label(e.project) for e in events})
     watches = sorted({e.watch for e in events if e.type not in ALERT_TYPES})
     footer = SEP.join([", ".join(projects[:3]), ", ".join(watches[:3])]).strip(SEP)
     return Document(
