@@ -1,7 +1,7 @@
 """Poll many small projects through the daemon's code path and print the cost.
 
-DESIGN's claim: on a 2-core machine the daemon polls 1,000 projects x 3
-watches a minute with CPU to spare. This bench writes a config with
+The aim: on a 2-core machine the daemon polls 1,000 projects x 3 watches
+a minute with CPU to spare. This bench writes a config with
 ``--projects`` projects, each watching the registrations, orders and events
 presets, starts the fake API in a subprocess (``atleta-notifier fake-api``)
 so that this process's CPU time is the notifier's alone, and polls every
@@ -68,7 +68,7 @@ from notifier.store import Store
 
 PRESETS = ("registrations", "orders", "events")
 MINUTE = 3000
-"""Polls a minute in DESIGN's claim: 1,000 projects x 3 watches."""
+"""Polls a minute at the aimed-for scale: 1,000 projects x 3 watches."""
 READY_LINE = "Ctrl-C stops it."
 URL_PREFIX = "Fake Atleta API: "
 

@@ -2,8 +2,8 @@
 
 Each script runs in its own process, as it would standalone, at a modest
 size by default so the whole run takes a few minutes; ``--full`` uses the
-sizes DESIGN's "Scale" section states (a 100,000-record project, 1,000
-projects x 3 watches). Figures vary with the load of the machine: compare
+full sizes the notifier is meant to handle (a 100,000-record project,
+1,000 projects x 3 watches). Figures vary with the load of the machine: compare
 the lines of one run with each other (each script prints its own
 baseline) rather than with another machine's. Usage::
 
@@ -41,7 +41,9 @@ def parse_args() -> argparse.Namespace:
     """The runner's options."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--full", action="store_true", help="the sizes DESIGN's Scale section states"
+        "--full",
+        action="store_true",
+        help="the full sizes: 100,000 records, 1,000 projects x 3 watches",
     )
     parser.add_argument(
         "--only",
