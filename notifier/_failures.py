@@ -16,7 +16,7 @@ import re
 from datetime import UTC, datetime
 
 from notifier.errors import GraphQLResponseError, PollError, RateLimitedError
-from notifier.model import JSON, canonical_json
+from notifier.model import JSON, MIN_SECRET_LENGTH, canonical_json
 
 _RATE_LIMIT_WORDS = re.compile(r"rate.?limit|too many requests|throttl", re.IGNORECASE)
 
@@ -82,8 +82,8 @@ def graphql_failure(errors: JSON) -> Failure:
 
 
 def scrub(text: str, token: str | None) -> str:
-    """``text`` with any copy of ``token`` masked."""
-    if token:
+    """``text`` with any copy of ``token`` masked (see ``MIN_SECRET_LENGTH``)."""
+    if token and len(token) >= MIN_SECRET_LENGTH:
         text = text.replace(token, "[token]")
     return text
 

@@ -417,14 +417,10 @@ async def _succeeded(
 ) -> PollOutcome:
     watch = run.watch
     events, deliveries = _events(run, plan, snapshot.generation)
-    state = await run.store.watch_state(watch.id)
-    recovered = state is not None and state.failing_alerted
-    if recovered and state is not None:
-        alert = alert_event(
-            watch, "recovered", state, generation=snapshot.generation, now=run.now
-        )
-        events.append(alert)
-        deliveries.extend(route(alert, watch.channels, run.channels))
+    recovery = await _recovery_alert(run, snapshot)
+    if recovery is not None:
+        events.append(recovery)
+        deliveries.extend(route(recovery, watch.channels, run.channels))
     outcome = PollOutcome(
         watch=watch.id,
         records=len(records),
@@ -438,6 +434,32 @@ async def _succeeded(
     )
     if run.dry_run:
         return _logged(run, outcome)
+    return await _commit(
+        run, snapshot, plan, outcome, deliveries, recovered=recovery is not None
+    )
+
+
+async def _recovery_alert(run: _Poll, snapshot: Snapshot) -> Event | None:
+    """The ``watch.recovered`` event, when a failing alert went out before."""
+    state = await run.store.watch_state(run.watch.id)
+    if state is None or not state.failing_alerted:
+        return None
+    return alert_event(
+        run.watch, "recovered", state, generation=snapshot.generation, now=run.now
+    )
+
+
+async def _commit(
+    run: _Poll,
+    snapshot: Snapshot,
+    plan: PollPlan,
+    outcome: PollOutcome,
+    deliveries: Sequence[tuple[str, Target]],
+    *,
+    recovered: bool,
+) -> PollOutcome:
+    """Write the poll in one transaction, then wake the delivery loop."""
+    watch = run.watch
     commit = PollCommit(
         watch=watch.id,
         expected_generation=snapshot.generation,
@@ -445,7 +467,7 @@ async def _succeeded(
         upserts=plan.upserts,
         deletes=plan.deletes,
         missing=plan.missing,
-        events=tuple(events),
+        events=outcome.events,
         deliveries=tuple(deliveries),
         replace_all=plan.baseline,
     )
@@ -460,7 +482,7 @@ async def _succeeded(
         )
     if recovered:
         await run.store.set_failing_alerted(watch.id, False)
-    if events and run.on_commit is not None:
+    if outcome.events and run.on_commit is not None:
         run.on_commit()
     return _logged(run, replace(outcome, committed=True, generation=generation))
 
@@ -488,31 +510,37 @@ async def _failed(run: _Poll, error: PollError) -> PollOutcome:
         state.consecutive_failures,
         error,
     )
-    events: tuple[Event, ...] = ()
-    if state.consecutive_failures >= watch.failure_threshold and not (
-        state.failing_alerted
-    ):
-        alert = alert_event(
-            watch, "failing", state, generation=state.generation, now=run.now
-        )
-        await run.store.add_events(
-            [alert], route(alert, watch.channels, run.channels), now=run.now
-        )
-        await run.store.set_failing_alerted(watch.id, True)
-        logger.error(
-            "watch failing project=%s watch=%s failures=%d kind=%s: %s",
-            watch.project.id,
-            watch.name,
-            state.consecutive_failures,
-            error.kind,
-            error.hint,
-        )
-        events = (alert,)
-        if run.on_commit is not None:
-            run.on_commit()
+    events = await _failing_alert(run, state, error)
     return replace(
         outcome, events=events, generation=state.generation, ms=run.elapsed()
     )
+
+
+async def _failing_alert(
+    run: _Poll, state: WatchState, error: PollError
+) -> tuple[Event, ...]:
+    """Store one ``watch.failing`` event when failures reach the threshold."""
+    watch = run.watch
+    if state.consecutive_failures < watch.failure_threshold or state.failing_alerted:
+        return ()
+    alert = alert_event(
+        watch, "failing", state, generation=state.generation, now=run.now
+    )
+    await run.store.add_events(
+        [alert], route(alert, watch.channels, run.channels), now=run.now
+    )
+    await run.store.set_failing_alerted(watch.id, True)
+    logger.error(
+        "watch failing project=%s watch=%s failures=%d kind=%s: %s",
+        watch.project.id,
+        watch.name,
+        state.consecutive_failures,
+        error.kind,
+        error.hint,
+    )
+    if run.on_commit is not None:
+        run.on_commit()
+    return (alert,)
 
 
 def _logged(run: _Poll, outcome: PollOutcome) -> PollOutcome:

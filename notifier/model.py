@@ -19,6 +19,14 @@ DeliveryStatus = Literal["pending", "delivered", "dead"]
 JSON = Any
 """A value decoded from JSON: dict, list, str, int, float, bool or None."""
 
+# Log lines and error texts mask secrets as substrings only from this
+# length on: a two- or three-letter password also spells parts of ordinary
+# words ("ok", "run"), and replacing those garbles every line while guarding
+# next to nothing. A shorter secret still never reaches a log or an error,
+# because neither ever quotes a secret in the first place; masking is the
+# second line of defence.
+MIN_SECRET_LENGTH = 6
+
 
 def canonical_json(value: JSON) -> str:
     """Serialise ``value`` the same way every time (sorted keys, no spaces)."""

@@ -34,7 +34,14 @@ import httpx
 
 from notifier import render, webhooks
 from notifier.errors import ConfigError, DeliveryError
-from notifier.model import Channel, Event, FieldChange, Project, utcnow
+from notifier.model import (
+    MIN_SECRET_LENGTH,
+    Channel,
+    Event,
+    FieldChange,
+    Project,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -146,14 +153,14 @@ def secret_parts(url: str) -> set[str]:
         if key.lstrip("+-:").lower() not in _PLAIN_QUERY_KEYS:
             parts.add(value)
     parts.update({unquote(part) for part in parts})
-    # Short pieces ("25", "yes") would garble text and guard nothing.
-    return {part for part in parts if len(part) >= 4}
+    return {part for part in parts if len(part) >= MIN_SECRET_LENGTH}
 
 
 def scrub(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with every secret piece replaced by ``***``."""
+    """``text`` with every secret piece of ``MIN_SECRET_LENGTH`` or more
+    characters replaced by ``***``."""
     for secret in sorted(secrets, key=len, reverse=True):
-        if secret:
+        if len(secret) >= MIN_SECRET_LENGTH:
             text = text.replace(secret, "***")
     return text
 
@@ -166,7 +173,7 @@ def channel_secrets(channel: Channel) -> set[str]:
     for secret in channel.secrets:
         found.add(secret)
         found.add(secret.removeprefix(webhooks.SECRET_PREFIX))
-    return {piece for piece in found if len(piece) >= 4}
+    return {piece for piece in found if len(piece) >= MIN_SECRET_LENGTH}
 
 
 _URL_IN_TEXT = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\"<>]+", re.IGNORECASE)
@@ -220,14 +227,23 @@ def webhook_body(event: Event) -> bytes:
     return body.encode() if isinstance(body, str) else body
 
 
-def sample_event(channel: Channel, *, now: datetime | None = None) -> Event:
-    """A made-up event that shows how a channel's messages look."""
+SAMPLE_PROJECT = Project(id="TEST", name="Test project")
+
+
+def sample_event(
+    channel: Channel, *, project: Project | None = None, now: datetime | None = None
+) -> Event:
+    """A made-up event that shows how a channel's messages look.
+
+    ``project`` should be one whose watches use the channel, so the sample
+    reads like the real thing; without one a neutral sample project is used.
+    """
     moment = now or utcnow()
     return Event(
         id=f"test_{uuid.uuid4().hex}",
         type="registration.created",
         occurred_at=moment,
-        project=Project(id="TEST", name="Test project"),
+        project=project or SAMPLE_PROJECT,
         watch="registrations",
         key="0",
         record={
@@ -362,7 +378,6 @@ class Notifier:
     ) -> SendOutcome:
         """Send one rendered message to one Apprise URL and read its result."""
         url = channel.urls[target]
-        masked = mask_url(url)
         protect((channel,))
         client = apprise.Apprise(asset=self._asset)
         if not client.add(url):
@@ -394,9 +409,21 @@ class Notifier:
                     kind="timeout",
                 )
         ms = (time.perf_counter() - started) * 1000
+        return self._outcome(channel, target, result, ms=ms)
+
+    def _outcome(
+        self,
+        channel: Channel,
+        target: int,
+        result: apprise.AppriseResult,
+        *,
+        ms: float,
+    ) -> SendOutcome:
+        """What Apprise's result for one URL means: sent, timed out or rejected."""
+        url = channel.urls[target]
         if result.status == apprise.AppriseResultStatus.SUCCESS:
             return SendOutcome(
-                channel=channel.name, target=target, url=masked, ok=True, ms=ms
+                channel=channel.name, target=target, url=mask_url(url), ok=True, ms=ms
             )
         detail = _result_detail(result)
         timed_out = result.status == apprise.AppriseResultStatus.TIMEOUT
@@ -445,9 +472,12 @@ class Notifier:
             ms=response.ms,
         )
 
-    async def send_test(self, channel: Channel) -> list[SendOutcome]:
-        """Send a sample event to every target of ``channel``, all at once."""
-        event = sample_event(channel)
+    async def send_test(
+        self, channel: Channel, *, project: Project | None = None
+    ) -> list[SendOutcome]:
+        """Send a sample event (about ``project``, if given) to every target of
+        ``channel``, all at once."""
+        event = sample_event(channel, project=project)
         if channel.kind == "webhook":
             return [await self.send_webhook(channel, event)]
         sends = [

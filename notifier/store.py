@@ -580,6 +580,12 @@ class Store:
         rows = await self._run(self._fetchall, sql, [*params, limit])
         return [_delivery(row) for row in rows]
 
+    async def delivery(self, delivery_id: int) -> Delivery | None:
+        """One delivery by id, whatever its status."""
+        sql = f"SELECT {_DELIVERY_COLUMNS} FROM deliveries d WHERE d.id = ?"
+        rows = await self._run(self._fetchall, sql, [delivery_id])
+        return _delivery(rows[0]) if rows else None
+
     async def mark_delivered(self, ids: Sequence[int], *, now: datetime) -> None:
         """Mark deliveries as delivered, counting the attempt."""
         await self._run(

@@ -21,11 +21,13 @@ import pytest
 from click.testing import CliRunner
 
 from notifier import console
+from notifier._failures import scrub as scrub_token
 from notifier.cli import main_group
 from notifier.cli.common import redactor, run_cli, setup_logging
 from notifier.cli.daemon_cmds import STARTER_CONFIG, ago, format_status
 from notifier.config import load_config
 from notifier.model import WatchState, utcnow
+from notifier.notify import scrub
 
 
 @pytest.fixture(autouse=True)
@@ -206,6 +208,34 @@ def test_secrets_are_masked_in_logs(capsys: pytest.CaptureFixture[str]) -> None:
     err = capsys.readouterr().err
     assert "whsec_c2VjcmV0LXNlY3JldA" not in err
     assert "[redacted]" in err
+
+
+def test_short_secrets_leave_words_alone(capsys: pytest.CaptureFixture[str]) -> None:
+    """Values shorter than the minimum are not masked inside ordinary words;
+    longer ones still are, wherever they appear."""
+    setup_logging("INFO", "text", environ={})
+    redactor.add(["ok", "run", "s3cr3t-key"])
+
+    logging.getLogger("notifier.test").info("poll ok, run took 3 ms: s3cr3t-key")
+
+    err = capsys.readouterr().err
+    assert "poll ok, run took 3 ms: [redacted]" in err
+    assert scrub("token ok, ab in table", ["ok", "ab", "tab"]) == (
+        "token ok, ab in table"
+    )
+    assert scrub("key s3cr3t-key", ["s3cr3t-key"]) == "key ***"
+    assert scrub_token("HTTP 500 from upstream", "up") == "HTTP 500 from upstream"
+    assert scrub_token("bad token tok-123456", "tok-123456") == "bad token [token]"
+
+
+def test_longer_secrets_are_masked_whole(capsys: pytest.CaptureFixture[str]) -> None:
+    """A secret that contains another registered one is masked as a whole."""
+    setup_logging("INFO", "text", environ={})
+    redactor.add(["abc123", "xyzabc123xyz"])
+
+    logging.getLogger("notifier.test").info("url xyzabc123xyz")
+
+    assert "url [redacted]\n" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", ["httpx", "apprise", "uvicorn.access"])

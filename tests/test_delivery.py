@@ -34,8 +34,8 @@ from standardwebhooks.webhooks import Webhook
 from notifier import delivery
 from notifier.cli import main_group
 from notifier.delivery import DeliveryLoop, digest_close, next_attempt_at, quiet_until
-from notifier.model import Channel, Delivery, Event, Target
-from notifier.notify import Notifier
+from notifier.model import Channel, Delivery, Event, Target, isoformat
+from notifier.notify import SAMPLE_PROJECT, Notifier
 from notifier.store import Store
 
 SECRET = "whsec_" + base64.b64encode(b"w" * 32).decode()
@@ -853,6 +853,91 @@ def test_replay_needs_since(tmp_path: Path) -> None:
     config = write_config(tmp_path, "http://127.0.0.1:9/in", ["json://127.0.0.1:9/x"])
 
     assert invoke(config, "deliveries", "--replay").exit_code == 2
+
+
+def drop_team_channel(config: Path) -> None:
+    """Remove channel ``team`` from a :func:`write_config` file."""
+    text = config.read_text()
+    start = text.index("[channels.team]")
+    end = text.index("[[projects]]")
+    text = text[:start] + text[end:]
+    config.write_text(text.replace('["team", "hook"]', '["hook"]'))
+
+
+def test_deliveries_of_a_removed_channel_stay_listed(tmp_path: Path) -> None:
+    """A channel removed from the config keeps its rows listed, marked as
+    unsendable; --retry and --replay refuse or skip them and change nothing."""
+    config = write_config(tmp_path, "http://127.0.0.1:9/in", ["json://127.0.0.1:9/x"])
+    path = tmp_path / "state.sqlite"
+    asyncio.run(_seed_outbox(path))
+    drop_team_channel(config)
+    note = "channel team is not in the config: its deliveries are listed but "
+
+    only = invoke(config, "deliveries", "--channel", "team")
+    every = invoke(config, "deliveries")
+    retried = invoke(config, "deliveries", "--retry", "1")
+    replayed = invoke(
+        config, "deliveries", "--replay", "--since", "1d", "--channel", "team"
+    )
+    replayed_all = invoke(config, "deliveries", "--replay", "--since", "1d")
+    statuses = asyncio.run(_statuses(path))
+
+    assert only.exit_code == 0, only.output
+    assert note in only.stdout
+    assert "HTTP 500" in only.stdout
+    assert note in every.stdout
+    assert retried.exit_code == 1
+    assert "not in the config: it cannot be sent" in retried.stderr
+    assert replayed.exit_code == 2
+    assert "not in the config" in replayed.stderr
+    assert replayed_all.stdout.startswith("1 deliveries")
+    assert statuses[1] == "dead"
+
+
+def test_deliveries_next_attempt_shows_the_zone(tmp_path: Path) -> None:
+    """NEXT is written like `history` times: ISO 8601 in UTC with a Z."""
+    config = write_config(tmp_path, "http://127.0.0.1:9/in", ["json://127.0.0.1:9/x"])
+    path = tmp_path / "state.sqlite"
+    asyncio.run(_seed_outbox(path))
+    pending = asyncio.run(_pending(path))
+
+    result = invoke(config, "deliveries", "--status", "pending")
+
+    lines = result.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("ID"))
+    column = header.index("NEXT")
+    shown = {line[column:].split()[0] for line in lines[lines.index(header) + 1 :]}
+    assert result.exit_code == 0, result.output
+    assert len(shown) == len(pending) == 1
+    assert shown == {isoformat(d.next_attempt_at) for d in pending}
+    assert all(when.endswith("Z") for when in shown)
+
+
+async def _pending(path: Path) -> list[Delivery]:
+    store = await Store.open(path)
+    try:
+        return await store.deliveries(status="pending")
+    finally:
+        await store.close()
+
+
+def test_notify_test_uses_a_project_of_the_channel(tmp_path: Path) -> None:
+    """notify-test's sample names the first project whose watches use the
+    channel; a channel no watch uses gets the neutral sample project."""
+    with Receiver() as hook_rx:
+        config = write_config(tmp_path, hook_rx.url + "/in", ["json://127.0.0.1:9/x"])
+        spare = f'[channels.spare]\nkind = "webhook"\nurl = "{hook_rx.url}/spare"\n'
+        spare += f'secret = "{SECRET}"\n'
+        text = config.read_text()
+        config.write_text(text.replace("[[projects]]", spare + "[[projects]]"))
+
+        used = invoke(config, "notify-test", "hook")
+        unused = invoke(config, "notify-test", "spare")
+
+    assert used.exit_code == 0, used.output
+    assert unused.exit_code == 0, unused.output
+    assert hook_rx.requests[0].json()["project"]["id"] == "AB12"
+    assert hook_rx.requests[1].json()["project"]["id"] == SAMPLE_PROJECT.id
 
 
 class _BrokenNotifier(Notifier):

@@ -25,6 +25,7 @@ import click
 
 from notifier.config import Config
 from notifier.errors import ConfigError, NotifierError
+from notifier.model import MIN_SECRET_LENGTH
 
 CONFIG_ENV = "ATLETA_NOTIFIER_CONFIG"
 DEFAULT_CONFIG = Path("atleta-notifier.toml")
@@ -62,7 +63,7 @@ def config_secrets(config: Config) -> list[str]:
         for url in channel.urls:
             secrets.append(url)
             secrets.extend(url_secrets(url))
-    return [s for s in secrets if s and len(s) >= 8]
+    return [s for s in secrets if s and len(s) >= MIN_SECRET_LENGTH]
 
 
 def url_secrets(url: str) -> list[str]:
@@ -110,17 +111,21 @@ class RedactingFilter(logging.Filter):
     def __init__(self) -> None:
         super().__init__()
         self._secrets: frozenset[str] = frozenset()
+        # Longest first, so a secret that contains another is masked whole.
+        self._ordered: tuple[str, ...] = ()
         self._lock = threading.Lock()
 
     def add(self, secrets: Iterable[str | None]) -> None:
-        """Register more values to mask (short ones are ignored as too common)."""
-        fresh = {s for s in secrets if s and len(s) >= 6}
+        """Register more values to mask, ignoring ones shorter than
+        ``MIN_SECRET_LENGTH`` (see there for why)."""
+        fresh = {s for s in secrets if s and len(s) >= MIN_SECRET_LENGTH}
         with self._lock:
             self._secrets = self._secrets | fresh
+            self._ordered = tuple(sorted(self._secrets, key=len, reverse=True))
 
     def redact(self, text: str) -> str:
         """``text`` with every registered secret replaced."""
-        for secret in self._secrets:
+        for secret in self._ordered:
             if secret in text:
                 text = text.replace(secret, REDACTED)
         return text

@@ -12,7 +12,7 @@ from notifier.cli.common import redactor
 from notifier.config import Config, load_config, parse_duration
 from notifier.delivery import disabled_key, failing_key
 from notifier.errors import ConfigError, DeliveryError
-from notifier.model import Channel, Delivery, isoformat, utcnow
+from notifier.model import Channel, Delivery, Project, isoformat, utcnow
 from notifier.notify import Notifier, SendOutcome, channel_secrets
 from notifier.store import Store
 
@@ -40,6 +40,8 @@ def _channel(config: Config, name: str) -> Channel:
 def notify_test(ctx: click.Context, channel_name: str) -> None:
     """Send a sample event to every URL of CHANNEL and print each outcome.
 
+    The sample is about the first configured project whose watches use
+    CHANNEL (a neutral sample project when none does).
     Nothing is stored. URLs are shown masked (scheme and host only). Exit
     code 1 when any URL failed.
 
@@ -47,7 +49,11 @@ def notify_test(ctx: click.Context, channel_name: str) -> None:
     """
     config = _load(ctx)
     channel = _channel(config, channel_name)
-    outcomes = asyncio.run(_send_test(config.channels, channel))
+    project = next(
+        (watch.project for watch in config.watches if channel.name in watch.channels),
+        None,
+    )
+    outcomes = asyncio.run(_send_test(config.channels, channel, project))
     rows = [
         (
             str(outcome.target),
@@ -68,11 +74,11 @@ def notify_test(ctx: click.Context, channel_name: str) -> None:
 
 
 async def _send_test(
-    channels: Mapping[str, Channel], channel: Channel
+    channels: Mapping[str, Channel], channel: Channel, project: Project | None
 ) -> list[SendOutcome]:
     notifier = Notifier(channels)
     try:
-        return await notifier.send_test(channel)
+        return await notifier.send_test(channel, project=project)
     finally:
         await notifier.aclose()
 
@@ -131,6 +137,9 @@ def deliveries(
 ) -> None:
     """List pending and dead deliveries with their last error, or act on them.
 
+    Deliveries of a channel no longer in the config stay listed; they cannot
+    be sent, so --retry refuses them and --replay leaves them out.
+
     --retry and --replay keep the original event ids, so receivers can
     dedupe; a running daemon picks the queued deliveries up within a second.
     """
@@ -139,8 +148,11 @@ def deliveries(
     if since and not replay:
         raise click.UsageError("--since goes with --replay")
     config = _load(ctx)
-    if channel_name is not None:
-        _channel(config, channel_name)
+    if replay and channel_name is not None and channel_name not in config.channels:
+        raise click.UsageError(
+            f"channel {channel_name!r} is not in the config: its deliveries can "
+            "be listed but not sent again"
+        )
     if enable_name is not None:
         _channel(config, enable_name)
     lines = asyncio.run(
@@ -174,13 +186,13 @@ async def _deliveries(
         if enable is not None:
             return await _enable(store, config.channels[enable])
         if retry_id is not None:
-            if await store.retry_delivery(retry_id, now=now):
-                return [f"delivery {retry_id} queued to be sent again"]
-            raise click.ClickException(
-                f"no pending or dead delivery with id {retry_id}"
-            )
+            return await _retry(store, config, retry_id, now=now)
         if since is not None:
-            count = await store.replay(since, channel=channel, now=now)
+            # Deliveries of channels gone from the config would only die again.
+            names = [channel] if channel else sorted(config.channels)
+            count = 0
+            for name in names:
+                count += await store.replay(since, channel=name, now=now)
             return [
                 f"{count} deliveries of events since {isoformat(since)} queued again"
             ]
@@ -189,6 +201,21 @@ async def _deliveries(
         )
     finally:
         await store.close()
+
+
+async def _retry(
+    store: Store, config: Config, delivery_id: int, *, now: datetime
+) -> list[str]:
+    found = await store.delivery(delivery_id)
+    if found is not None and found.channel not in config.channels:
+        # The daemon would only mark it dead again.
+        raise click.ClickException(
+            f"delivery {delivery_id} is for channel {found.channel!r}, which is "
+            "not in the config: it cannot be sent"
+        )
+    if await store.retry_delivery(delivery_id, now=now):
+        return [f"delivery {delivery_id} queued to be sent again"]
+    raise click.ClickException(f"no pending or dead delivery with id {delivery_id}")
 
 
 async def _enable(store: Store, channel: Channel) -> list[str]:
@@ -223,6 +250,12 @@ async def _listing(
         reason = await store.get_meta(disabled_key(name))
         if reason is not None and channel in (None, name):
             lines.append(f"channel {name} is DISABLED: {reason}")
+    gone = {d.channel for d in found} | ({channel} if channel else set())
+    lines += [
+        f"channel {name} is not in the config: its deliveries are listed but "
+        "cannot be sent"
+        for name in sorted(gone - set(config.channels))
+    ]
     if not found:
         return [*lines, "no deliveries" if status else "no pending or dead deliveries"]
     rows = []
@@ -234,7 +267,7 @@ async def _listing(
 
 
 def _row(delivery: Delivery, event_type: str) -> tuple[str, ...]:
-    when = _short(delivery.next_attempt_at) if delivery.status == "pending" else "-"
+    when = isoformat(delivery.next_attempt_at) if delivery.status == "pending" else "-"
     error = (delivery.last_error or "").replace("\n", " ")
     if len(error) > _ERROR_WIDTH:
         error = error[: _ERROR_WIDTH - 1] + "…"
@@ -249,10 +282,6 @@ def _row(delivery: Delivery, event_type: str) -> tuple[str, ...]:
         event_type,
         error,
     )
-
-
-def _short(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
