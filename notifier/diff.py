@@ -211,7 +211,10 @@ def snapshot_records(
         if old is not None and old.record == normalised:
             out[ident] = old
             continue
-        out[ident] = SnapshotRecord(hash=record_hash(normalised), record=normalised)
+        text = _canonical(normalised)
+        out[ident] = SnapshotRecord(
+            hash=hashlib.sha256(text.encode()).hexdigest(), record=normalised, text=text
+        )
     return out
 
 

@@ -136,10 +136,17 @@ class Watch:
 
 @dataclass(frozen=True, kw_only=True)
 class SnapshotRecord:
-    """One record of a snapshot: its normalised content and that content's hash."""
+    """One record of a snapshot: its normalised content and that content's hash.
+
+    ``text`` is the canonical JSON the hash was computed from, when the
+    record was just hashed; the store writes it as is instead of encoding
+    the record a second time (a large first poll spends a third of its
+    commit on that). It takes no part in equality.
+    """
 
     hash: str
     record: JSON
+    text: str | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -334,7 +334,7 @@ class Store:
                 hash = excluded.hash, record = excluded.record, misses = 0
             """,
             [
-                (commit.watch, key, item.hash, canonical_json(item.record))
+                (commit.watch, key, item.hash, item.text or canonical_json(item.record))
                 for key, item in commit.upserts.items()
             ],
         )
@@ -359,7 +359,14 @@ class Store:
             return
         for key in commit.deletes:
             records.pop(key, None)
-        records.update(commit.upserts)
+        # The encoded text only served the write; the copy kept in memory
+        # would otherwise hold every record twice.
+        records.update(
+            (key, SnapshotRecord(hash=item.hash, record=item.record))
+            if item.text is not None
+            else (key, item)
+            for key, item in commit.upserts.items()
+        )
         self._snapshots[commit.watch] = Snapshot(
             watch=commit.watch,
             generation=generation,
