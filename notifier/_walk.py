@@ -216,7 +216,8 @@ def check_pages(pages: Mapping[int, Page], watch: Watch) -> Walk:
     if duplicates:
         walk.problems.append(f"{duplicates} records on two pages")
     if len(set(totals)) > 1:
-        walk.problems.append(f"total moved from {totals[0]} to {totals[-1]}")
+        # It may have moved and come back: name the range, not just the ends.
+        walk.problems.append(f"total moved between {min(totals)} and {max(totals)}")
     if len(last_pages) > 1:
         walk.problems.append(
             f"last_page moved between {min(last_pages)} and {max(last_pages)}"

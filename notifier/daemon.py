@@ -361,7 +361,12 @@ class Daemon:
         running = {task for task in self._inflight if not task.done()}
         if not running:
             return
-        logger.info("waiting up to %.0f s for %d running polls", budget, len(running))
+        logger.info(
+            "waiting up to %.0f s for %d running poll%s",
+            budget,
+            len(running),
+            "" if len(running) == 1 else "s",
+        )
         _, pending = await asyncio.wait(running, timeout=budget)
         for task in pending:
             # The poll's transaction either committed or never will: the

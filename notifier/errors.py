@@ -59,7 +59,7 @@ class PollError(NotifierError):
     """
 
     kind = "error"
-    hint = "the poll failed"
+    hint = "the poll failed: see the last error"
 
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
@@ -84,7 +84,10 @@ class ServerError(PollError):
     """The API kept answering 5xx after every retry."""
 
     kind = "server"
-    hint = "the Atleta API is failing on its side"
+    hint = (
+        "the Atleta API is failing on its side: nothing to change here, "
+        "polls go on and catch up when it recovers"
+    )
 
 
 class NetworkError(PollError):
@@ -105,14 +108,17 @@ class MalformedResponseError(PollError):
     """The answer was not JSON, or had no record list where the watch expects one."""
 
     kind = "malformed"
-    hint = "the API answered something that is not the expected data"
+    hint = (
+        "the API answered something that is not the expected data: check the "
+        "watch's ids and run `atleta-notifier check --online`"
+    )
 
 
 class IncompleteWalkError(PollError):
     """The pages of a walk do not add up to one consistent list."""
 
     kind = "incomplete"
-    hint = "the record list kept changing while it was read; the next poll retries"
+    hint = "the record list kept changing while it was read: the next poll retries"
 
 
 class StoreError(NotifierError):

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from notifier._walk import Page, check_pages
 from notifier.atleta import (
     AtletaClient,
     FetchResult,
@@ -408,6 +409,23 @@ async def test_total_moving_in_both_walks_is_incomplete(make_client: Any) -> Non
     assert result.total == 28
     # Records deleted between the walks are still there: seen is real.
     assert "TEST00000000" in {r["id"] for r in result.records}
+
+
+def test_a_total_that_moves_and_comes_back_names_its_range() -> None:
+    """A total that moved and returned reads as a range, not "from 5 to 5"."""
+    pages = {
+        number: Page(
+            number=number,
+            records=[{"id": f"TEST{number:08d}"}],
+            total=total,
+            last_page=3,
+        )
+        for number, total in ((1, 3), (2, 4), (3, 3))
+    }
+
+    walk = check_pages(pages, make_watch())
+
+    assert walk.problems == ["total moved between 3 and 4"]
 
 
 @pytest.mark.parametrize(

@@ -85,6 +85,24 @@ def test_a_single_config_problem_is_one_line(tmp_path: Path, command: str) -> No
     ]
 
 
+@pytest.mark.parametrize(
+    "command", [("check",), ("status",), ("poll", "TEST"), ("schema", "pull")]
+)
+def test_config_may_follow_the_command(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """`COMMAND --config PATH` reads PATH, as `--config PATH COMMAND` does."""
+    config = tmp_path / "elsewhere.toml"
+
+    code, _, err = invoke(*command, "--config", str(config))
+
+    assert code == 2
+    assert err.splitlines() == [
+        f"Error: invalid configuration: {config}: no such config file "
+        "(write one with `atleta-notifier init`)"
+    ]
+
+
 def test_init_never_overwrites(tmp_path: Path) -> None:
     """`init` on an existing file exits 2 with a clear message and leaves it alone."""
     target = tmp_path / "atleta-notifier.toml"
@@ -93,8 +111,37 @@ def test_init_never_overwrites(tmp_path: Path) -> None:
     code, _, err = invoke("init", str(target))
 
     assert code == 2
+    assert len(err.splitlines()) == 1
     assert "already exists" in err
     assert target.read_text() == "# mine\n"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("check", "--bogus"),
+        ("history", "--since", "5", "minutes"),
+        ("no-such-command",),
+    ],
+)
+def test_a_usage_error_is_one_line(args: tuple[str, ...]) -> None:
+    """Bad usage is one `Error:` line pointing at --help, and exit code 2."""
+    code, out, err = invoke(*args)
+
+    assert code == 2
+    assert out == ""
+    [line] = err.splitlines()
+    assert line.startswith("Error: ")
+    assert "--help`)" in line
+
+
+def test_a_bare_group_shows_its_help() -> None:
+    """`schema` without a subcommand prints its help, not a one-line error."""
+    code, out, err = invoke("schema")
+
+    assert code == 2
+    assert "pull" in out + err
+    assert "Commands:" in out + err
 
 
 def test_status_screen_lists_watches_and_channels(tmp_path: Path) -> None:

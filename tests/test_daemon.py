@@ -416,6 +416,7 @@ def test_daemon_delivers_reloads_and_stops_cleanly(
     log = child.log
     assert code == 0, log
     assert "waiting up to" in log
+    assert " 1 running polls" not in log  # "1 running poll", "2 running polls"
     assert "daemon stopped" in log
     assert receiver.bodies[0]["key"] == added
     assert receiver.headers[0]["webhook-signature"].startswith("v1,")

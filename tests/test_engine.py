@@ -939,6 +939,29 @@ def test_cli_history_lists_and_filters_events(fake_api: Any, cli: Cli) -> None:
     assert named.stdout == text.stdout
 
 
+def test_cli_history_watch_alone_when_one_project_has_it(
+    fake_api: Any, cli: Cli
+) -> None:
+    """`history --watch NAME` needs no --project when only one project has it;
+    an empty listing says so on stderr and leaves stdout empty."""
+    cli("poll", "TEST/registrations")
+    fake_api.data.add_registration("TEST")
+    cli("poll", "TEST/registrations")
+
+    bare = cli("history", "--watch", "registrations")
+    unknown = cli("history", "--watch", "nope")
+    none = cli("history", "--type", "order")
+
+    assert bare.exit_code == 0, bare.output
+    assert bare.stdout == cli("history", "--watch", "TEST/registrations").stdout
+    assert len(bare.stdout.splitlines()) == 1
+    assert unknown.exit_code == 2
+    assert "no configured watch is named 'nope'" in unknown.stderr
+    assert none.exit_code == 0
+    assert none.stdout == ""
+    assert "no events match" in none.stderr
+
+
 def test_cli_history_type_takes_a_bare_entity(fake_api: Any, cli: Cli) -> None:
     """`history --type registration` lists every registration event type."""
     cli("poll", "TEST/registrations")

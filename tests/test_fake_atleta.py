@@ -14,7 +14,9 @@ from typing import Any
 
 import httpx
 import pytest
+from click.testing import CliRunner
 
+from notifier.cli import main_group
 from notifier.fake_atleta import FakeAtleta, parse_fault, parse_rate
 from notifier.fake_atleta.dataset import Dataset
 from notifier.fake_atleta.faults import KINDS
@@ -483,6 +485,19 @@ def test_http_controls_and_their_errors(fake_api: FakeAtleta) -> None:
     assert control(fake_api, "nope").status_code == 404
     assert control(fake_api, "cancel_registration", id="missing").status_code == 400
     assert control(fake_api, "state", auth="wrong").status_code == 401
+
+
+def test_fake_api_help_lists_every_fault_and_control_route(
+    fake_api: FakeAtleta,
+) -> None:
+    """`fake-api --help` names every fault kind and every control action."""
+    actions = control(fake_api, "nope").json()["actions"]
+    shown = CliRunner().invoke(main_group, ["fake-api", "--help"]).output
+
+    for kind in sorted(KINDS):
+        assert kind in shown
+    for action in actions:
+        assert f"/_control/{action}" in shown
 
 
 def test_http_control_faults_churn_counters_and_revocation(

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from notifier.errors import ConfigError, DeliveryError
+from notifier.errors import ConfigError, DeliveryError, PollError
 from notifier.model import JSON, Channel, Event, FieldChange, Project
 from notifier.render import (
     DEFAULT_LIMIT,
@@ -655,7 +655,43 @@ def test_an_oversized_alert_is_trimmed_by_whole_lines() -> None:
     assert message.body.endswith("…")
 
 
+def test_own_start_and_slot_start_read_differently() -> None:
+    """A registration's individual start and its time slot's start are told
+    apart, not both shown as "start time"."""
+    record = registration(
+        "Ann",
+        "Smith",
+        "10 km",
+        start_time="10:40:00",
+        time_slot={"id": "s1", "title": "Wave 1", "start_time": "10:10:00"},
+    )
+
+    body = render([event("created", record)], channel(), url_scheme="ntfy").body
+
+    assert "individual start: 10:40:00" in body
+    assert "start time: 10:10:00" in body
+    assert body.count("start time") == 1
+
+
 # ---------------------------------------------------------------- alerts
+
+
+@pytest.mark.parametrize(
+    "error",
+    [PollError, *PollError.__subclasses__()],
+    ids=lambda error: error.kind,
+)
+def test_every_failing_alert_says_what_to_do(error: type[PollError]) -> None:
+    """The "What to do" line of a failing watch names an action, not only the
+    problem again."""
+    failing = alert("watch.failing", error_kind=error.kind, hint=error.hint)
+
+    body = render([failing], channel(), url_scheme="ntfy").body
+    (advice,) = [line for line in body.splitlines() if line.startswith("What to do")]
+
+    problem, _, action = advice.removeprefix("What to do: ").partition(": ")
+    assert problem
+    assert len(action.split()) >= 3, advice
 
 
 @pytest.mark.parametrize(

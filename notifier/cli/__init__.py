@@ -12,12 +12,17 @@ from collections.abc import Sequence
 import click
 
 from notifier.cli import config_cmds, daemon_cmds, delivery_cmds, engine_cmds, fake_cmds
-from notifier.cli.common import cli_group, run_cli
+from notifier.cli.common import accept_config_after, cli_group, run_cli
+
+# Commands that read no config file.
+_NO_CONFIG = frozenset({"demo", "fake-api"})
 
 main_group: click.Group = cli_group
 for module in (config_cmds, engine_cmds, delivery_cmds, daemon_cmds, fake_cmds):
     for command in module.commands:
         main_group.add_command(command)
+        if command.name not in _NO_CONFIG:
+            accept_config_after(command)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

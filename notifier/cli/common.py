@@ -45,6 +45,8 @@ NOISY_LOGGERS = (
     "aiosqlite",
 )
 REDACTED = "[redacted]"
+# What click raises for a bare group; click before 8.2 prints its help itself.
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 SYSLOG_PRIORITY = {
     logging.DEBUG: 7,
     logging.INFO: 6,
@@ -244,6 +246,32 @@ def cli_group(
     setup_logging(log_level, log_format.lower())
 
 
+def _remember_config(
+    ctx: click.Context, _param: click.Parameter, value: Path | None
+) -> None:
+    if value is not None:
+        ctx.ensure_object(dict)["config_path"] = value
+
+
+def accept_config_after(command: click.Command) -> None:
+    """Let ``command`` (and a group's subcommands) take ``--config PATH`` too,
+    so ``atleta-notifier check --config PATH`` works like
+    ``atleta-notifier --config PATH check``."""
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            accept_config_after(sub)
+        return
+    command.params.append(
+        click.Option(
+            ["--config", "config_after"],
+            type=click.Path(dir_okay=False, path_type=Path),
+            expose_value=False,
+            callback=_remember_config,
+            help="The TOML config file (the same as --config before the command).",
+        )
+    )
+
+
 def run_cli(group: click.Group, argv: Sequence[str] | None) -> int:
     """Run ``group`` and turn our errors into one line on stderr and a code."""
     try:
@@ -256,6 +284,15 @@ def run_cli(group: click.Group, argv: Sequence[str] | None) -> int:
         return 1
     except click.exceptions.Exit as done:
         return done.exit_code
+    except click.UsageError as error:
+        if isinstance(error, _NO_ARGS_IS_HELP):
+            # A bare group (`atleta-notifier`, `atleta-notifier schema`): its help.
+            error.show()
+            return int(error.exit_code)
+        # One line, like every other error, instead of click's usage block.
+        hint = f" (see `{error.ctx.command_path} --help`)" if error.ctx else ""
+        click.echo(f"Error: {error.format_message()}{hint}", err=True)
+        return error.exit_code
     except click.ClickException as error:
         error.show()
         return error.exit_code

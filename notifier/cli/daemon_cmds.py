@@ -225,6 +225,12 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds:.0f} s"
 
 
+class _Refused(click.ClickException):
+    """A request the command turns down, with the bad-usage exit code."""
+
+    exit_code = 2
+
+
 @click.command()
 @click.argument(
     "path",
@@ -236,7 +242,7 @@ def init(ctx: click.Context, path: Path | None) -> None:
     """Write a starter config (never overwrites an existing file)."""
     target = path or ctx.obj["config_path"]
     if target.exists():
-        raise click.UsageError(
+        raise _Refused(
             f"{str(target)!r} already exists; init never overwrites a file. "
             "Pick another path or edit the file you have."
         )

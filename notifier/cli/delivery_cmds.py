@@ -45,6 +45,7 @@ def notify_test(ctx: click.Context, channel_name: str) -> None:
     Nothing is stored. URLs are shown masked (scheme and host only). Exit
     code 1 when any URL failed.
 
+    \f
     :raises DeliveryError: when any URL failed (after printing the table).
     """
     config = _load(ctx)

@@ -197,7 +197,10 @@ def parse_moment(text: str, *, now: datetime) -> datetime:
 
 @click.command("history")
 @click.option("--project", help="Only events of this project (its 4-character id).")
-@click.option("--watch", help="Only events of this watch (PROJECT/WATCH, or WATCH).")
+@click.option(
+    "--watch",
+    help="Only events of this watch (PROJECT/WATCH, or WATCH when one project has it).",
+)
 @click.option(
     "--type",
     "event_type",
@@ -228,9 +231,7 @@ def history(
     config = load_config(ctx.obj["config_path"])
     now = utcnow()
     if watch is not None and "/" not in watch:
-        if project is None:
-            raise click.UsageError("--watch needs PROJECT/WATCH, or --project too")
-        watch = f"{project}/{watch}"
+        watch = f"{project or _project_of(config, watch)}/{watch}"
     if event_type is not None and "." not in event_type:
         # A bare entity means all of its types, not a type named "order".
         event_type += ".*"
@@ -245,11 +246,32 @@ def history(
             limit=limit,
         )
     )
+    if not events and not as_json:
+        # On stderr, so that the listing itself stays empty for scripts.
+        click.echo("no events match", err=True)
     for event in events:
         if as_json:
             click.echo(json.dumps(event.to_json(), ensure_ascii=False))
         else:
             click.echo(describe_history(event))
+
+
+def _project_of(config: Config, watch: str) -> str:
+    """The one configured project with a watch named ``watch``.
+
+    :raises click.UsageError: when no project or several have one.
+    """
+    projects = sorted({w.project.id for w in config.watches if w.name == watch})
+    if len(projects) == 1:
+        return projects[0]
+    if projects:
+        raise click.UsageError(
+            f"projects {', '.join(projects)} each have a watch {watch!r}: "
+            "give PROJECT/WATCH, or --project too"
+        )
+    raise click.UsageError(
+        f"no configured watch is named {watch!r}: give PROJECT/WATCH, or --project too"
+    )
 
 
 async def _events(path: Path, **filters: Any) -> list[Event]:

@@ -31,7 +31,39 @@ def _registrations(values: tuple[str, ...]) -> int | dict[str | int, int]:
     return counts
 
 
-@click.command("fake-api", hidden=True)
+EPILOG = """\b
+Faults (--fault, or POST /_control/fault {"spec": "..."}):
+  http_500, http_502, http_503   that HTTP status
+  rate_limit[,retry_after=S]     HTTP 429 with Retry-After (default 1)
+  slow[,seconds=S]               answer late (default 2 s)
+  drop                           close the connection without an answer
+  malformed                      a body cut short (not JSON)
+  graphql_errors[,message=M]     an `errors` answer without data
+  partial_errors[,message=M]     data next to `errors`
+  shift[,mode=insert|remove]     move records between pages after a page
+  total_mismatch[,delta=N]       a `total` that is off by N (default 1)
+COUNT is how many requests a fault hits (default 1, * for all until
+cleared); target=KIND aims it at one request kind (project.registrations).
+
+\b
+Control routes (same bearer token; POST a JSON object, answers are JSON):
+  /_control/state (GET too)     projects, events, request counts, faults
+  /_control/add_registration    {"project": "TEST", "event": ID, ...}
+  /_control/change_registration {"id": ID, "first_name": ..., ...}
+  /_control/cancel_registration {"id": ID}
+  /_control/add_order           {"project": "TEST", "registrations": N}
+  /_control/change_order        {"id": ID, "status": ..., ...}
+  /_control/open_resale         {"event_id": ID, "amount": CENTS}
+  /_control/close_resale        {"id": ID, "sold": true}
+  /_control/edit_event          {"event_id": ID, "waitlist_size": N, ...}
+  /_control/fault               {"spec": "rate_limit:3,retry_after=2"}
+  /_control/clear_faults, /_control/churn {"rate": "1/s"},
+  /_control/log {"since": VERSION}, /_control/requests,
+  /_control/revoke_token {"token": T}
+"""
+
+
+@click.command("fake-api", hidden=True, epilog=EPILOG)
 @click.option(
     "--port",
     type=int,

@@ -48,6 +48,8 @@ _FRIENDLY = {
     "corral_name": "corral",
     "time_slot.start_date": "start date",
     "time_slot.start_time": "start time",
+    # A registration's own (individual) start, next to its time slot's.
+    "start_time": "individual start",
     "total_amount": "total",
 }
 
