@@ -6,13 +6,13 @@ threads, and a single writer thread also keeps the event loop free while a
 100,000-record snapshot is written. Every public method is a coroutine that
 hands its work to that thread.
 
-Tables (see the migrations below): ``watches`` (generation, fingerprint and
-health per watch), ``snapshot_records`` (one row per record of the last
-complete snapshot), ``events`` (the event JSON of every change), and
-``deliveries`` (one row per event and channel target: the outbox), plus a
-small ``meta`` key-value table for delivery bookkeeping. No table holds a
-token, a webhook secret or an Apprise URL: targets are stored by channel
-name and URL index.
+Tables (created in ``notifier._migrations``): ``watches`` (generation,
+fingerprint and health per watch), ``snapshot_records`` (one row per record
+of the last complete snapshot), ``events`` (the event JSON of every
+change), and ``deliveries`` (one row per event and channel target: the
+outbox), plus a small ``meta`` key-value table for delivery bookkeeping. No
+table holds a token, a webhook secret or an Apprise URL: targets are stored
+by channel name and URL index.
 
 The store keeps the last snapshot of each watch it committed in memory, so
 a steady daemon never decodes a large snapshot twice; the generation
@@ -34,8 +34,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlite_utils import Database, Migrations
+from sqlite_utils import Database
 
+from notifier._migrations import migrations
 from notifier.errors import GenerationConflict, StoreError
 from notifier.model import (
     Delivery,
@@ -54,93 +55,6 @@ from notifier.model import (
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-migrations = Migrations("atleta-notifier")
-
-
-@migrations(transactional=False)
-def m001_wal(db: Database) -> None:
-    """Readers (``status``, ``history``) never wait for the daemon's writes."""
-    db.enable_wal()
-
-
-@migrations()
-def m002_tables(db: Database) -> None:
-    """The first schema."""
-    db.execute(
-        """
-        CREATE TABLE watches (
-            id TEXT PRIMARY KEY,
-            project TEXT NOT NULL,
-            name TEXT NOT NULL,
-            generation INTEGER NOT NULL DEFAULT 0,
-            fingerprint TEXT,
-            records INTEGER NOT NULL DEFAULT 0,
-            last_poll_at TEXT,
-            last_success_at TEXT,
-            consecutive_failures INTEGER NOT NULL DEFAULT 0,
-            last_error_kind TEXT,
-            last_error TEXT,
-            failing_alerted INTEGER NOT NULL DEFAULT 0
-        )
-        """
-    )
-    db.execute(
-        """
-        CREATE TABLE snapshot_records (
-            watch TEXT NOT NULL,
-            key TEXT NOT NULL,
-            hash TEXT NOT NULL,
-            record TEXT NOT NULL,
-            misses INTEGER NOT NULL DEFAULT 0,
-            PRIMARY KEY (watch, key)
-        ) WITHOUT ROWID
-        """
-    )
-    db.execute(
-        """
-        CREATE TABLE events (
-            id TEXT PRIMARY KEY,
-            watch TEXT NOT NULL,
-            project TEXT NOT NULL,
-            type TEXT NOT NULL,
-            occurred_at TEXT NOT NULL,
-            key TEXT,
-            body TEXT NOT NULL
-        )
-        """
-    )
-    db.execute("CREATE INDEX events_by_time ON events (occurred_at)")
-    db.execute("CREATE INDEX events_by_watch ON events (watch, occurred_at)")
-    db.execute(
-        """
-        CREATE TABLE deliveries (
-            id INTEGER PRIMARY KEY,
-            event_id TEXT NOT NULL REFERENCES events (id),
-            channel TEXT NOT NULL,
-            target INTEGER NOT NULL,
-            status TEXT NOT NULL DEFAULT 'pending',
-            attempts INTEGER NOT NULL DEFAULT 0,
-            next_attempt_at TEXT NOT NULL,
-            created_at TEXT NOT NULL,
-            last_error TEXT,
-            delivered_at TEXT,
-            UNIQUE (event_id, channel, target)
-        )
-        """
-    )
-    db.execute("CREATE INDEX deliveries_due ON deliveries (status, next_attempt_at)")
-    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-
-
-@migrations()
-def m003_missing_index(db: Database) -> None:
-    """Clearing held-missing marks must not scan a 100,000-record watch."""
-    db.execute(
-        "CREATE INDEX snapshot_records_missing ON snapshot_records (watch) "
-        "WHERE misses > 0"
-    )
-
 
 _DELIVERY_COLUMNS = (
     "d.id, d.event_id, d.channel, d.target, d.status, d.attempts, "
