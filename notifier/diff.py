@@ -159,7 +159,11 @@ _canonical = json.JSONEncoder(
 
 def record_hash(normalised: JSON) -> str:
     """The sha256 hex digest of a normalised record's canonical JSON."""
-    return hashlib.sha256(_canonical(normalised).encode()).hexdigest()
+    return _text_hash(_canonical(normalised))
+
+
+def _text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def record_key(record: JSON, key: str) -> str:
@@ -212,9 +216,7 @@ def snapshot_records(
             out[ident] = old
             continue
         text = _canonical(normalised)
-        out[ident] = SnapshotRecord(
-            hash=hashlib.sha256(text.encode()).hexdigest(), record=normalised, text=text
-        )
+        out[ident] = SnapshotRecord(hash=_text_hash(text), record=normalised, text=text)
     return out
 
 
